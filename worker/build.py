@@ -1,0 +1,76 @@
+"""Build a worker from settings: load stage modules, resolve the map, open the store."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping
+
+from worker.errors import ConfigurationError
+from worker.processor import Outcome
+from worker.runner import Worker
+from worker.settings import Settings
+from worker.stages import (
+    Stage,
+    build_stages,
+    default_stages,
+    import_stage_package,
+    load_modules,
+    parse_stage_map,
+)
+from worker.store import Store, create_store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """The stages a worker will run, and those it must skip with the reason."""
+
+    stages: list[Stage]
+    skipped: dict[str, str]
+
+
+def plan_stages(settings: Settings) -> StagePlan:
+    """Import stage modules and resolve the stage map; raise on malformed configuration."""
+    import_stage_package()
+    load_modules(settings.modules)
+    entries = parse_stage_map(settings.stage_map) if settings.stage_map else {}
+    stages, skipped = build_stages(settings.stages, entries)
+    return StagePlan(stages, skipped)
+
+
+def mapped_stage_names(settings: Settings) -> set[str]:
+    """Every stage that the registered defaults or the stage map name."""
+    entries = parse_stage_map(settings.stage_map) if settings.stage_map else {}
+    return set(default_stages()) | set(entries)
+
+
+def check_stage_names(names: tuple[str, ...], settings: Settings, option: str) -> None:
+    """Refuse stage names typed on the command line that nothing maps."""
+    known = mapped_stage_names(settings)
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigurationError(
+            f"{option} names stages that no function is mapped to: {', '.join(unknown)}; "
+            f"mapped stages are: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def build_worker(
+    settings: Settings,
+    environ: Mapping[str, str] | None = None,
+    on_outcome: Callable[[str, Outcome], None] | None = None,
+) -> Worker:
+    """A worker over the configured stages; its store still has to be opened."""
+    plan = plan_stages(settings)
+    store: Store = create_store(settings.store, os.environ if environ is None else environ)
+    return Worker(
+        store,
+        plan.stages,
+        skipped=plan.skipped,
+        concurrency=settings.concurrency,
+        lease_seconds=settings.lease_seconds,
+        on_outcome=on_outcome,
+    )

@@ -1,0 +1,310 @@
+"""The runner: the stage loop, with bounded concurrency, a deadline and a summary."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from worker.errors import BadDocumentError
+from worker.item import ErrorInfo, Item, Progress, utc_now
+from worker.processor import ItemProcessor, Outcome
+from worker.stages import Stage
+from worker.store.base import Store
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+@dataclasses.dataclass
+class StageSummary:
+    """What one run did in one stage."""
+
+    stage: str
+    claimed: int = 0
+    completed: int = 0
+    failed: int = 0
+    lost: int = 0  # claim races lost to another worker
+    abandoned: int = 0  # ran, but the claim was taken away before the finish
+    errors: int = 0  # the store failed on the item; it is left for recovery
+    skipped: str | None = None  # why the stage did not run, if it did not
+
+    def count(self, outcome: Outcome) -> None:
+        if outcome is Outcome.LOST:
+            self.lost += 1
+            return
+        self.claimed += 1
+        if outcome is Outcome.COMPLETED:
+            self.completed += 1
+        elif outcome is Outcome.FAILED:
+            self.failed += 1
+        else:
+            self.abandoned += 1
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """What one run did, stage by stage."""
+
+    stages: list[StageSummary]
+    recovered: int = 0
+    #: why the run stopped claiming early (deadline, stop request), if it did
+    stopped: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> int:
+        return sum(s.completed for s in self.stages)
+
+    @property
+    def failed(self) -> int:
+        return sum(s.failed for s in self.stages)
+
+    @property
+    def claimed(self) -> int:
+        return sum(s.claimed for s in self.stages)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_owner() -> str:
+    """Who claims: host, process and a random suffix, unique per worker."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """Processes the Ready items of configured stages against one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        stages: Iterable[Stage],
+        *,
+        skipped: Mapping[str, str] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        owner: str | None = None,
+        on_outcome: Callable[[str, Outcome], None] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        self.store = store
+        self.stages = list(stages)
+        self.skipped = dict(skipped or {})
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.owner = owner or default_owner()
+        self.on_outcome = on_outcome
+        self._stop_reason: str | None = None
+
+    def stop(self, reason: str = "stop requested") -> None:
+        """Stop claiming; calls in flight finish and are recorded."""
+        if self._stop_reason is None:
+            logger.info("stopping: %s", reason, extra={"action": "stop", "reason": reason})
+            self._stop_reason = reason
+
+    @property
+    def stages_by_name(self) -> dict[str, Stage]:
+        return {stage.name: stage for stage in self.stages}
+
+    async def run(self, deadline: float | None = None, recover: bool = True) -> RunSummary:
+        """Process every configured stage in order.
+
+        ``deadline`` is a ``time.monotonic()`` value by which the run must be
+        over: no call is started that its stage's timeout could carry past it.
+        """
+        started = time.monotonic()
+        recovered = await self.recover() if recover else 0
+        summaries = {name: StageSummary(name, skipped=why) for name, why in self.skipped.items()}
+        for name, why in self.skipped.items():
+            logger.warning(
+                "skipping stage %s: %s", name, why, extra={"action": "stage_skipped", "stage": name}
+            )
+
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage") as executor:
+            processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
+            pool = _Pool(self.concurrency)
+            try:
+                for stage in self.stages:
+                    summary = summaries[stage.name] = StageSummary(stage.name)
+                    await self._claim_stage(stage, summary, processor, pool, deadline)
+                    if self._stop_reason is not None:
+                        break
+            finally:
+                await pool.drain()
+
+        ordered = [summaries[n] for n in self._order() if n in summaries]
+        result = RunSummary(ordered, recovered, self._stop_reason, time.monotonic() - started)
+        for summary in ordered:
+            if summary.skipped is None:
+                _log_stage(summary)
+        logger.info(
+            "run finished in %.1f s: %d claimed, %d completed, %d failed%s",
+            result.seconds,
+            result.claimed,
+            result.completed,
+            result.failed,
+            f"; stopped early: {result.stopped}" if result.stopped else "",
+            extra={"action": "run_finished", "summary": result.as_dict()},
+        )
+        return result
+
+    def _order(self) -> list[str]:
+        names = [stage.name for stage in self.stages]
+        return names + [name for name in self.skipped if name not in names]
+
+    async def _claim_stage(
+        self,
+        stage: Stage,
+        summary: StageSummary,
+        processor: ItemProcessor,
+        pool: _Pool,
+        deadline: float | None,
+    ) -> None:
+        async for item in self.store.ready_items(stage.name):
+            await pool.acquire()
+            if processor.interrupted:
+                self.stop("a stage function was interrupted")
+            if deadline is not None and not _time_for(stage, deadline):
+                self.stop("deadline reached")
+            if self._stop_reason is not None:
+                pool.release()
+                return
+            pool.start(self._process(processor, stage, item, summary))
+
+    async def _process(
+        self, processor: ItemProcessor, stage: Stage, item: Item, summary: StageSummary
+    ) -> None:
+        try:
+            outcome = await processor.process(stage, item)
+        except Exception:
+            # The store failed on this item; the item stays as the store left it
+            # (Ready, or InProgress until recovery) and the run goes on.
+            logger.exception(
+                "store error while processing item %s of stage %s",
+                item.id,
+                stage.name,
+                extra={"action": "store_error", "stage": stage.name, "item_id": item.id},
+            )
+            summary.errors += 1
+            return
+        summary.count(outcome)
+        if self.on_outcome is not None:
+            self.on_outcome(stage.name, outcome)
+
+    async def process_documents(self, documents: Iterable[Mapping[str, Any]]) -> RunSummary:
+        """Process documents delivered by the change feed.
+
+        A document is a hint: it is processed only if it is Ready and its stage is
+        mapped, and then only through the same conditional claim as a run.
+        """
+        started = time.monotonic()
+        stages = self.stages_by_name
+        summaries: dict[str, StageSummary] = {}
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage") as executor:
+            processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
+            pool = _Pool(self.concurrency)
+            for document in documents:
+                item = _feed_item(document)
+                if item is None or item.progress is not Progress.READY:
+                    continue
+                stage = stages.get(item.state)
+                if stage is None:
+                    continue
+                summary = summaries.setdefault(stage.name, StageSummary(stage.name))
+                await pool.acquire()
+                pool.start(self._process(processor, stage, item, summary))
+            await pool.drain()
+        return RunSummary(list(summaries.values()), seconds=time.monotonic() - started)
+
+    async def recover(self) -> int:
+        """Mark Failed every InProgress item whose lease has expired."""
+        now = utc_now()
+        recovered = 0
+        async for item in self.store.expired_claims(now):
+            error = ErrorInfo(
+                "LeaseExpired",
+                f"lease expired at {item.lease_until}; the claim was held by "
+                f"{item.claimed_by or 'an unknown worker'}",
+            )
+            if await self.store.fail_expired(item, error, now):
+                recovered += 1
+                logger.warning(
+                    "item %s of stage %s: lease held by %s expired; marked Failed",
+                    item.id,
+                    item.state,
+                    item.claimed_by,
+                    extra={"action": "recovered", "stage": item.state, "item_id": item.id},
+                )
+        return recovered
+
+
+def _time_for(stage: Stage, deadline: float) -> bool:
+    left = deadline - time.monotonic()
+    return left > (stage.timeout or 0.0)
+
+
+def _feed_item(document: Mapping[str, Any]) -> Item | None:
+    version = document.get("_etag")
+    try:
+        return Item.from_document(document, str(version) if version is not None else "")
+    except BadDocumentError as error:
+        logger.warning(
+            "change feed: skipping a document: %s",
+            error,
+            extra={"action": "bad_document", "item_id": document.get("id")},
+        )
+        return None
+
+
+def _log_stage(summary: StageSummary) -> None:
+    logger.info(
+        "stage %s: %d claimed, %d completed, %d failed, %d lost to other workers",
+        summary.stage,
+        summary.claimed,
+        summary.completed,
+        summary.failed,
+        summary.lost,
+        extra={"action": "stage_finished", "stage": summary.stage, **dataclasses.asdict(summary)},
+    )
+
+
+class _Pool:
+    """At most ``size`` tasks at once; finished tasks are forgotten at once.
+
+    A caller takes a slot with ``acquire`` and hands it to ``start``, whose task
+    gives it back when done, or gives it back itself with ``release``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._slots = asyncio.Semaphore(size)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def acquire(self) -> None:
+        await self._slots.acquire()
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def start(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
