@@ -9,15 +9,17 @@ from collections.abc import Callable, Mapping
 
 from worker.errors import ConfigurationError
 from worker.processor import Outcome
-from worker.runner import Worker
+from worker.runner import StageSummary, Worker
 from worker.settings import Settings
 from worker.stages import (
     Stage,
     build_stages,
+    check_kwargs,
     default_stages,
     import_stage_package,
     load_modules,
     parse_stage_map,
+    resolve_function,
 )
 from worker.store import Store, create_store
 
@@ -74,3 +76,17 @@ def build_worker(
         lease_seconds=settings.lease_seconds,
         on_outcome=on_outcome,
     )
+
+
+async def process_test_task(store: Store, concurrency: int = 8, **kwargs: float) -> StageSummary:
+    """Process every Ready item of the TestTask stage with the test task.
+
+    ``kwargs`` (``sleep``, ``failure_rate``) go to the test task. The store must
+    be open.
+    """
+    import_stage_package()
+    function = resolve_function("test_task")
+    check_kwargs(function, kwargs)
+    stage = Stage("TestTask", function, "test_task", kwargs)
+    summary = await Worker(store, [stage], concurrency=concurrency).run()
+    return summary.stages[0]

@@ -155,7 +155,8 @@ def parse_stage_map(text: str) -> dict[str, StageEntry]:
     """Read a stage map from JSON text, or from the JSON file that ``text`` names."""
     source = "the stage map"
     stripped = text.strip()
-    if not stripped.startswith("{"):
+    looks_like_json = stripped[:1] in ("{", "[", '"') or stripped[:1].isdigit()
+    if not looks_like_json:
         path = Path(stripped)
         if not path.is_file():
             raise ConfigurationError(

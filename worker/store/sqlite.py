@@ -70,19 +70,33 @@ class SqliteStore:
         self.page_size = page_size
         self.description = f"SQLite file {str(self.path)!r}"
         self._executor: ThreadPoolExecutor | None = None
-        self._connection: sqlite3.Connection | None = None
+        self._waiting: sqlite3.Connection | None = None
+        self._fast: sqlite3.Connection | None = None
+        self._lock: asyncio.Lock | None = None
 
-    # The connection lives on one thread of its own, so that slow disks and
-    # lock waits never block the event loop.
+    # Two connections: one on the event loop's thread that never waits for a
+    # lock (almost every statement takes microseconds, and a thread hop would
+    # cost more than the statement), and one on a thread of its own that waits
+    # as long as needed when another process holds the write lock. A statement
+    # refused as busy on the first is simply run again on the second.
     async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        if self._executor is None:
+        if self._lock is None or self._fast is None or self._executor is None:
             raise StoreUnavailableError(f"{self.description} is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, function)
+        async with self._lock:
+            try:
+                return function(self._fast)
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF not in (
+                    sqlite3.SQLITE_BUSY,
+                    sqlite3.SQLITE_LOCKED,
+                ):
+                    raise
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._wait_and_call, function)
 
-    def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        assert self._connection is not None
-        return function(self._connection)
+    def _wait_and_call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        assert self._waiting is not None
+        return function(self._waiting)
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -90,14 +104,16 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         loop = asyncio.get_running_loop()
         try:
-            self._connection = await loop.run_in_executor(self._executor, self._connect)
+            self._waiting = await loop.run_in_executor(self._executor, self._connect)
+            self._fast = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            self._fast.execute("PRAGMA synchronous=NORMAL")
         except (sqlite3.Error, OSError) as error:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+            await self.close()
             raise StoreUnavailableError(
                 f"cannot open {self.description}: {error}. "
                 "Set --store or WORKER_STORE to a writable file path."
             ) from error
+        self._lock = asyncio.Lock()
 
     def _connect(self) -> sqlite3.Connection:
         if self.path.is_dir():
@@ -111,11 +127,15 @@ class SqliteStore:
     async def close(self) -> None:
         if self._executor is None:
             return
-        if self._connection is not None:
-            await self._run(lambda connection: connection.close())
-            self._connection = None
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, waiting.close)
         self._executor.shutdown(wait=True)
         self._executor = None
+        self._lock = None
 
     async def __aenter__(self) -> SqliteStore:
         await self.open()

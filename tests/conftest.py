@@ -1,0 +1,112 @@
+"""Shared fixtures: real SQLite files, item factories and stages that record calls."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.item import Item, Progress
+from worker.stages import Stage
+from worker.store.sqlite import SqliteStore
+
+
+def make_document(state: str = "Upload", progress: Progress = Progress.READY, **fields: Any) -> dict[str, Any]:
+    """A routing item document with a fresh id; ``fields`` add or override."""
+    document: dict[str, Any] = {
+        "id": f"item-{uuid.uuid4().hex[:10]}",
+        "state": state,
+        "progress": progress.value,
+        "retryCount": 0,
+    }
+    document.update(fields)
+    return document
+
+
+class Calls:
+    """Records every stage-function call, outside any store, thread-safely."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_item: Counter[str] = Counter()
+        self.kwargs: dict[str, dict[str, Any]] = {}
+
+    def record(self, item: Item, kwargs: dict[str, Any]) -> None:
+        with self._lock:
+            self.by_item[item.id] += 1
+            self.kwargs[item.id] = kwargs
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_item.values())
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def recording_stage(calls: Calls) -> Callable[..., Stage]:
+    """Build a stage whose function records its calls and can sleep or fail."""
+
+    def build(
+        name: str = "Upload",
+        *,
+        sleep: float = 0.0,
+        fail_ids: frozenset[str] = frozenset(),
+        is_async: bool = True,
+        **kwargs: Any,
+    ) -> Stage:
+        if is_async:
+
+            async def function(item: Item, **options: Any) -> None:
+                calls.record(item, options)
+                await asyncio.sleep(sleep)
+                if item.id in fail_ids:
+                    raise RuntimeError(f"cannot process {item.id}")
+        else:
+            import time
+
+            def function(item: Item, **options: Any) -> None:  # type: ignore[misc]
+                calls.record(item, options)
+                time.sleep(sleep)
+                if item.id in fail_ids:
+                    raise RuntimeError(f"cannot process {item.id}")
+
+        return Stage(name, function, f"record_{name.lower()}", kwargs)
+
+    return build
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "items.db"
+
+
+@pytest.fixture
+async def sqlite_store(db_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore(db_path)
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def seed(sqlite_store: SqliteStore) -> Callable[..., Awaitable[list[dict[str, Any]]]]:
+    """Add ``count`` documents of a stage to the SQLite store and return them."""
+
+    async def add(
+        count: int, state: str = "Upload", progress: Progress = Progress.READY, **fields: Any
+    ) -> list[dict[str, Any]]:
+        documents = [make_document(state, progress, **fields) for _ in range(count)]
+        await sqlite_store.add(documents)
+        return documents
+
+    return add
