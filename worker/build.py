@@ -39,7 +39,7 @@ def plan_stages(settings: Settings) -> StagePlan:
     import_stage_package()
     load_modules(settings.modules)
     entries = parse_stage_map(settings.stage_map) if settings.stage_map else {}
-    stages, skipped = build_stages(settings.stages, entries)
+    stages, skipped = build_stages(settings.stages, entries, settings.stage_timeout)
     return StagePlan(stages, skipped)
 
 

@@ -14,6 +14,7 @@ STAGE_MAP = "WORKER_STAGE_MAP"
 MODULES = "WORKER_MODULES"
 CONCURRENCY = "WORKER_CONCURRENCY"
 LEASE_SECONDS = "WORKER_LEASE_SECONDS"
+STAGE_TIMEOUT = "WORKER_STAGE_TIMEOUT"
 
 DEFAULT_STORE = "routing-items.db"
 MAX_CONCURRENCY = 1000
@@ -31,6 +32,8 @@ class Settings:
     modules: tuple[str, ...] = ()
     concurrency: int = DEFAULT_CONCURRENCY
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    #: seconds a stage call may take, for stages whose map entry sets none
+    stage_timeout: float | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Settings:
@@ -40,6 +43,7 @@ class Settings:
 
         concurrency = value(CONCURRENCY)
         lease = value(LEASE_SECONDS)
+        timeout = value(STAGE_TIMEOUT)
         return cls(
             store=value(STORE) or DEFAULT_STORE,
             stages=split_list(value(STAGES), STAGES),
@@ -49,6 +53,7 @@ class Settings:
                 parse_concurrency(concurrency, CONCURRENCY) if concurrency else DEFAULT_CONCURRENCY
             ),
             lease_seconds=(parse_seconds(lease, LEASE_SECONDS) if lease else DEFAULT_LEASE_SECONDS),
+            stage_timeout=parse_seconds(timeout, STAGE_TIMEOUT) if timeout else None,
         )
 
     def replace(self, **changes: object) -> Settings:

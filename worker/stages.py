@@ -255,7 +255,9 @@ def check_kwargs(function: StageCallable, kwargs: Mapping[str, Any]) -> None:
 
 
 def build_stages(
-    names: Iterable[str] | None, entries: Mapping[str, StageEntry]
+    names: Iterable[str] | None,
+    entries: Mapping[str, StageEntry],
+    default_timeout: float | None = None,
 ) -> tuple[list[Stage], dict[str, str]]:
     """Look up the function of each stage, in order.
 
@@ -280,7 +282,8 @@ def build_stages(
         except LookupError as error:
             skipped[name] = f"function {entry.function!r}: {error}"
             continue
+        timeout = entry.timeout if entry.timeout is not None else default_timeout
         stages.append(
-            Stage(name, function, entry.function, entry.kwargs, entry.timeout, entry.lease_seconds)
+            Stage(name, function, entry.function, entry.kwargs, timeout, entry.lease_seconds)
         )
     return stages, skipped
