@@ -16,8 +16,13 @@ from worker.item import Item, Progress
 from worker.stages import Stage
 from worker.store.sqlite import SqliteStore
 
+# A real Cosmos DB-compatible server over HTTPS, started once per session.
+pytest_plugins = ["tests.cosmos_fixtures"]
 
-def make_document(state: str = "Upload", progress: Progress = Progress.READY, **fields: Any) -> dict[str, Any]:
+
+def make_document(
+    state: str = "Upload", progress: Progress = Progress.READY, **fields: Any
+) -> dict[str, Any]:
     """A routing item document with a fresh id; ``fields`` add or override."""
     document: dict[str, Any] = {
         "id": f"item-{uuid.uuid4().hex[:10]}",

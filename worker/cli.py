@@ -208,9 +208,13 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def format_counts(counts: Counts) -> str:
-    header = ("stage", *(p.value for p in Progress))
+    known = [p.value for p in Progress]
+    # Progress values the worker does not know are shown too, so nothing hides.
+    odd = sorted({value for stage in counts.values() for value in stage} - set(known))
+    header = ("stage", *known, *odd)
     rows = [
-        (stage, *(str(counts[stage].get(p.value, 0)) for p in Progress)) for stage in sorted(counts)
+        (stage, *(str(counts[stage].get(value, 0)) for value in header[1:]))
+        for stage in sorted(counts)
     ]
     if not rows:
         return "no items"

@@ -202,11 +202,14 @@ class Worker:
         if self.on_outcome is not None:
             self.on_outcome(stage.name, outcome)
 
-    async def process_documents(self, documents: Iterable[Mapping[str, Any]]) -> RunSummary:
+    async def process_documents(
+        self, documents: Iterable[Mapping[str, Any]], deadline: float | None = None
+    ) -> RunSummary:
         """Process documents delivered by the change feed.
 
         A document is a hint: it is processed only if it is Ready and its stage is
-        mapped, and then only through the same conditional claim as a run.
+        mapped, and then only through the same conditional claim as a run. Past
+        ``deadline`` nothing more is claimed; the timer finds what is left.
         """
         started = time.monotonic()
         stages = self.stages_by_name
@@ -223,9 +226,15 @@ class Worker:
                     continue
                 summary = summaries.setdefault(stage.name, StageSummary(stage.name))
                 await pool.acquire()
+                if deadline is not None and not _time_for(stage, deadline):
+                    pool.release()
+                    self.stop("deadline reached")
+                    break
                 pool.start(self._process(processor, stage, item, summary))
             await pool.drain()
-        return RunSummary(list(summaries.values()), seconds=time.monotonic() - started)
+        return RunSummary(
+            list(summaries.values()), stopped=self._stop_reason, seconds=time.monotonic() - started
+        )
 
     async def recover(self) -> int:
         """Mark Failed every InProgress item whose lease has expired."""
