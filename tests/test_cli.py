@@ -66,9 +66,7 @@ def test_run_with_seed_demo_fills_an_empty_store_once(tmp_path: Path) -> None:
 
 def test_store_option_and_setting_choose_the_file(tmp_path: Path) -> None:
     worker("--store", "a.db", "seed", "--stage", "Upload", "--count", "2", cwd=tmp_path)
-    worker(
-        "seed", "--stage", "Upload", "--count", "3", cwd=tmp_path, env={"WORKER_STORE": "b.db"}
-    )
+    worker("seed", "--stage", "Upload", "--count", "3", cwd=tmp_path, env={"WORKER_STORE": "b.db"})
 
     assert status(tmp_path, "--store", "a.db")["Upload"]["Ready"] == 2
     assert status(tmp_path, "--store", "b.db")["Upload"]["Ready"] == 3

@@ -235,9 +235,7 @@ async def test_deadline_reserves_the_stage_timeout(
     stage = recording_stage()
     from dataclasses import replace
 
-    summary = await Worker(sqlite_store, [replace(stage, timeout=60.0)]).run(
-        time.monotonic() + 30
-    )
+    summary = await Worker(sqlite_store, [replace(stage, timeout=60.0)]).run(time.monotonic() + 30)
 
     assert calls.total == 0
     assert summary.stopped == "deadline reached"
