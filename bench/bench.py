@@ -176,7 +176,8 @@ def main() -> None:
     print("\nPeak memory of a run against many Ready items (no-op stage, concurrency 32)")
     for ready in (1_000, 10_000 if args.quick else 100_000):
         figures = measure("noop", ready, 32)
-        print(f"  {ready:>7} Ready items: peak {figures['peak_mb']:.1f} MB, {figures['seconds']:.1f} s")
+        peak, seconds = figures["peak_mb"], figures["seconds"]
+        print(f"  {ready:>7} Ready items: peak {peak:.1f} MB, {seconds:.1f} s")
 
 
 if __name__ == "__main__":

@@ -93,6 +93,16 @@ class TestServer:
         self.stop()
         raise ServerError(f"the Cosmos DB test server did not start:\n{self.errors()}")
 
+    def send(self, command: str) -> str:
+        """Send a fault command (see server.js) and return the server's answer."""
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        ready, _, _ = select.select([self.process.stdout], [], [], START_TIMEOUT_SECONDS)
+        if not ready:
+            raise ServerError(f"the test server did not answer {command!r}")
+        return self.process.stdout.readline().strip()
+
     def errors(self) -> str:
         self.log.seek(0)
         return self.log.read()[-4000:]

@@ -92,7 +92,8 @@ def test_module_that_fails_to_import_names_the_module_and_the_cause(tmp_path: Pa
     module = tmp_path / "broken_stage.py"
     module.write_text("raise RuntimeError('needs a database')\n", encoding="utf-8")
 
-    with pytest.raises(ConfigurationError, match="broken_stage.py.*RuntimeError: needs a database"):
+    expected = r"broken_stage\.py.*RuntimeError: needs a database"
+    with pytest.raises(ConfigurationError, match=expected):
         load_modules([str(module)])
 
 

@@ -86,6 +86,8 @@ async def run_command(args: argparse.Namespace, settings: Settings) -> int:
         deadline = time.monotonic() + deadline_seconds if deadline_seconds else None
         try:
             summary = await worker.run(deadline)
+        except WorkerError:
+            raise
         except Exception as error:
             raise WorkerError(
                 f"the run stopped because {worker.store.description} failed: "

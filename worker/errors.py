@@ -15,3 +15,7 @@ class StoreUnavailableError(WorkerError):
 
 class BadDocumentError(WorkerError):
     """A document cannot be read as a routing item."""
+
+
+class StoreFailedError(WorkerError):
+    """The store kept failing during a run, so the run stopped claiming."""

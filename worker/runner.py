@@ -7,13 +7,14 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from worker.errors import BadDocumentError
+from worker.errors import BadDocumentError, StoreFailedError
 from worker.item import ErrorInfo, Item, Progress, utc_now
 from worker.processor import ItemProcessor, Outcome
 from worker.stages import Stage
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_LEASE_SECONDS = 300.0
+#: A run stops claiming once the store has failed this many items in a row:
+#: it is down, and every further claim would only wait for its retries.
+MAX_STORE_FAILURES_IN_A_ROW = 5
 
 
 @dataclasses.dataclass
@@ -106,6 +110,8 @@ class Worker:
         self.owner = owner or default_owner()
         self.on_outcome = on_outcome
         self._stop_reason: str | None = None
+        self._store_failures = 0
+        self._store_error: BaseException | None = None
 
     def stop(self, reason: str = "stop requested") -> None:
         """Stop claiming; calls in flight finish and are recorded."""
@@ -143,6 +149,7 @@ class Worker:
             finally:
                 await pool.drain()
 
+        self._raise_if_store_failed()
         ordered = [summaries[n] for n in self._order() if n in summaries]
         result = RunSummary(ordered, recovered, self._stop_reason, time.monotonic() - started)
         for summary in ordered:
@@ -197,7 +204,12 @@ class Worker:
                 extra={"action": "store_error", "stage": stage.name, "item_id": item.id},
             )
             summary.errors += 1
+            self._store_failures += 1
+            if self._store_failures >= MAX_STORE_FAILURES_IN_A_ROW and not self._store_error:
+                self._store_error = sys.exc_info()[1]
+                self.stop(f"the store failed {self._store_failures} items in a row")
             return
+        self._store_failures = 0
         summary.count(outcome)
         if self.on_outcome is not None:
             self.on_outcome(stage.name, outcome)
@@ -232,9 +244,20 @@ class Worker:
                     break
                 pool.start(self._process(processor, stage, item, summary))
             await pool.drain()
+        self._raise_if_store_failed()
         return RunSummary(
             list(summaries.values()), stopped=self._stop_reason, seconds=time.monotonic() - started
         )
+
+    def _raise_if_store_failed(self) -> None:
+        error = self._store_error
+        if error is not None:
+            raise StoreFailedError(
+                f"{self.store.description} failed {MAX_STORE_FAILURES_IN_A_ROW} items in a row; "
+                f"the last error: {type(error).__name__}: {error}. Unclaimed items stay "
+                "Ready; items whose result could not be recorded are recovered once "
+                "their lease expires"
+            ) from error
 
     async def recover(self) -> int:
         """Mark Failed every InProgress item whose lease has expired."""
