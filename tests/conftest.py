@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import uuid
 from collections import Counter
@@ -14,6 +15,7 @@ import pytest
 
 from worker.item import Item, Progress
 from worker.stages import Stage
+from worker.store.base import Store
 from worker.store.sqlite import SqliteStore
 
 # A real Cosmos DB-compatible server over HTTPS, started once per session.
@@ -115,3 +117,71 @@ def seed(sqlite_store: SqliteStore) -> Callable[..., Awaitable[list[dict[str, An
         return documents
 
     return add
+
+
+# ---------------------------------------------------------------- both stores
+
+#: Page size of the stores the contract and fault suites use: small, so that
+#: paging happens with few items.
+PAGE_SIZE = 10
+
+
+@dataclasses.dataclass
+class Backend:
+    store: Store
+    #: how another process opens the same store (see CLAIM_SCRIPT)
+    spec: dict[str, Any]
+
+    @property
+    def store_option(self) -> str:
+        """The value of the command line's ``--store`` for this store."""
+        return str(self.spec["path"]) if self.spec["kind"] == "sqlite" else "cosmos"
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """Settings a process needs, beyond ``--store``, to open this store."""
+        return dict(self.spec.get("env", {}))
+
+
+@pytest.fixture
+async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
+    path = tmp_path / "contract.db"
+    async with SqliteStore(path, page_size=PAGE_SIZE) as opened:
+        yield Backend(opened, {"kind": "sqlite", "path": str(path)})
+
+
+@pytest.fixture
+async def cosmos_backend(cosmos_store_factory: Any) -> Backend:
+    cosmos_store = await cosmos_store_factory(COSMOS_PAGE_SIZE=str(PAGE_SIZE))
+    settings = cosmos_store.settings
+    environment = {
+        "COSMOS": f"AccountEndpoint={settings.endpoint};AccountKey={settings.key};",
+        "COSMOS_VERIFY_TLS": "false",
+        "COSMOS_DATABASE": settings.database,
+    }
+    return Backend(cosmos_store, {"kind": "cosmos", "env": environment})
+
+
+@pytest.fixture(params=["sqlite", "cosmos"])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """The same store contract on each store."""
+    found: Backend = request.getfixturevalue(f"{request.param}_backend")
+    return found
+
+
+@pytest.fixture
+def store(backend: Backend) -> Store:
+    return backend.store
+
+
+async def add_items(
+    store: Store,
+    count: int,
+    state: str = "Upload",
+    progress: Progress = Progress.READY,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """Add ``count`` documents of a stage to any store and return them."""
+    documents = [make_document(state, progress, **fields) for _ in range(count)]
+    await store.add(documents)
+    return documents

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import sqlite3
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.cosmos_fixtures import StoreFactory
+from tests.conftest import Backend
 from worker.errors import BadDocumentError
 from worker.item import CLAIM_ID, LAST_ERROR, WORKER_FIELDS, ErrorInfo, Item, Progress, utc_now
 from worker.store.base import Store
@@ -26,44 +24,6 @@ from worker.store.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_SIZE = 10
-
-
-@dataclasses.dataclass
-class Backend:
-    store: Store
-    #: how another process opens the same store (see CLAIM_SCRIPT)
-    spec: dict[str, Any]
-
-
-@pytest.fixture
-async def sqlite_backend(tmp_path: Path) -> AsyncIterator[Backend]:
-    path = tmp_path / "contract.db"
-    async with SqliteStore(path, page_size=PAGE_SIZE) as sqlite_store:
-        yield Backend(sqlite_store, {"kind": "sqlite", "path": str(path)})
-
-
-@pytest.fixture
-async def cosmos_backend(cosmos_store_factory: StoreFactory) -> Backend:
-    cosmos_store = await cosmos_store_factory(COSMOS_PAGE_SIZE=str(PAGE_SIZE))
-    settings = cosmos_store.settings
-    environment = {
-        "COSMOS": f"AccountEndpoint={settings.endpoint};AccountKey={settings.key};",
-        "COSMOS_VERIFY_TLS": "false",
-        "COSMOS_DATABASE": settings.database,
-    }
-    return Backend(cosmos_store, {"kind": "cosmos", "env": environment})
-
-
-@pytest.fixture(params=["sqlite", "cosmos"])
-def backend(request: pytest.FixtureRequest) -> Backend:
-    """The same store contract on each store."""
-    found: Backend = request.getfixturevalue(f"{request.param}_backend")
-    return found
-
-
-@pytest.fixture
-def store(backend: Backend) -> Store:
-    return backend.store
 
 
 def document(

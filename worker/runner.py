@@ -194,13 +194,17 @@ class Worker:
     ) -> None:
         try:
             outcome = await processor.process(stage, item)
-        except Exception:
+        except Exception as error:
             # The store failed on this item; the item stays as the store left it
-            # (Ready, or InProgress until recovery) and the run goes on.
-            logger.exception(
-                "store error while processing item %s of stage %s",
+            # (Ready, or InProgress until recovery) and the run goes on. One line
+            # a failure; the traceback only when debugging.
+            logger.error(
+                "store error while processing item %s of stage %s: %s: %s",
                 item.id,
                 stage.name,
+                type(error).__name__,
+                _first_line(error),
+                exc_info=logger.isEnabledFor(logging.DEBUG),
                 extra={"action": "store_error", "stage": stage.name, "item_id": item.id},
             )
             summary.errors += 1
@@ -253,10 +257,10 @@ class Worker:
         error = self._store_error
         if error is not None:
             raise StoreFailedError(
-                f"{self.store.description} failed {MAX_STORE_FAILURES_IN_A_ROW} items in a row; "
-                f"the last error: {type(error).__name__}: {error}. Unclaimed items stay "
-                "Ready; items whose result could not be recorded are recovered once "
-                "their lease expires"
+                f"{self.store.description} failed {MAX_STORE_FAILURES_IN_A_ROW} items in a "
+                f"row; the last error: {type(error).__name__}: {_first_line(error)}. "
+                "Unclaimed items stay Ready; items whose result could not be recorded "
+                "are recovered once their lease expires"
             ) from error
 
     async def recover(self) -> int:
@@ -279,6 +283,11 @@ class Worker:
                     extra={"action": "recovered", "stage": item.state, "item_id": item.id},
                 )
         return recovered
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
 
 
 def _time_for(stage: Stage, deadline: float) -> bool:

@@ -60,6 +60,9 @@ server.on("error", (error) => {
 
 server.listen(requested, "127.0.0.1", () => {
   port = server.address().port;
+  // The package builds a new, empty account on every "listening" event; drop
+  // its handler now, so that a "start" after a "stop" keeps the data.
+  server.removeAllListeners("listening");
   process.stdout.write(`port ${port}\n`);
 });
 
@@ -69,6 +72,8 @@ function command(line) {
     server.close(() => undefined);
     for (const socket of sockets) socket.destroy();
     process.stdout.write("stopped\n");
+  } else if (name === "start" && server.listening) {
+    process.stdout.write("started\n");
   } else if (name === "start") {
     server.listen(port, "127.0.0.1", () => process.stdout.write("started\n"));
   } else if (name === "throttle" && Number(value) >= 0 && Number(value) <= 1) {
