@@ -54,6 +54,15 @@ class Calls:
         return sum(self.by_item.values())
 
 
+@pytest.fixture(autouse=True)
+async def close_shared_stores() -> AsyncIterator[None]:
+    """Close the stores the Functions handlers opened and share on the test's loop."""
+    yield
+    from worker import functions
+
+    await functions.close_shared_stores()
+
+
 @pytest.fixture
 def calls() -> Calls:
     return Calls()

@@ -148,10 +148,7 @@ def store_settings(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, 
     """The settings that point the app at a store: a SQLite file, or the test server."""
     if request.param == "sqlite":
         return {"WORKER_STORE": str(tmp_path / "items.db")}
-    try:
-        server = request.getfixturevalue("cosmos_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("the Cosmos DB test fixtures (tests.cosmos_fixtures) are not loaded")
+    server = request.getfixturevalue("cosmos_server")
     return {"WORKER_STORE": "cosmos", **server_environment(server.endpoint, unique_name("app"))}
 
 
@@ -477,3 +474,29 @@ async def test_timer_and_change_feed_at_once_run_each_item_once(
 
     assert stage_calls == Counter(ready)
     assert await progress_of(item_store, ready) == dict.fromkeys(ready, "Completed")
+
+
+async def test_invocations_share_one_opened_store(
+    monkeypatch: pytest.MonkeyPatch, cosmos_server: Any
+) -> None:
+    settings = {
+        "WORKER_STORE": "cosmos",
+        **server_environment(cosmos_server.endpoint, unique_name("shared")),
+    }
+    creator = CosmosStore.from_environment(settings)
+    await creator.create_resources()
+    await creator.close()
+    app = load_app(monkeypatch, APP_ENV | settings)
+    timer = app.handler("stage_loop")
+
+    await timer(TimerRequest(past_due=False))
+    store = await functions.shared_store("cosmos", os.environ)
+    assert isinstance(store, CosmosStore)
+    opened_with = store.requests.copy()
+    await timer(TimerRequest(past_due=False))
+
+    again = store.requests - opened_with
+    # The second run queries for work but reads no account, database or container.
+    assert again.other == 0
+    assert again.queries > 0
+    assert await functions.shared_store("cosmos", os.environ) is store

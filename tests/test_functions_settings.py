@@ -228,23 +228,23 @@ def test_the_sample_local_settings_hold_no_secret_and_every_setting() -> None:
         ("WORKER_STAGES", "Upload,,Initialize", "WORKER_STAGES has an empty entry"),
     ],
 )
-def test_malformed_worker_settings_name_the_setting(
+async def test_malformed_worker_settings_name_the_setting(
     tmp_path: Path, setting: str, value: str, message: str
 ) -> None:
     environ = {"WORKER_STORE": str(tmp_path / "items.db"), setting: value}
 
     with pytest.raises(ConfigurationError, match=message):
-        functions.build_from_environment(environ)
+        await functions.build_from_environment(environ)
 
 
-def test_settings_build_a_worker(tmp_path: Path) -> None:
+async def test_settings_build_a_worker(tmp_path: Path) -> None:
     environ = {
         "WORKER_STORE": str(tmp_path / "items.db"),
         "WORKER_STAGES": "Initialize",
         "WORKER_CONCURRENCY": "3",
     }
 
-    worker = functions.build_from_environment(environ)
+    worker = await functions.build_from_environment(environ)
 
     assert [stage.name for stage in worker.stages] == ["Initialize"]
     assert worker.concurrency == 3

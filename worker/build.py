@@ -64,10 +64,13 @@ def build_worker(
     settings: Settings,
     environ: Mapping[str, str] | None = None,
     on_outcome: Callable[[str, Outcome], None] | None = None,
+    store: Store | None = None,
 ) -> Worker:
-    """A worker over the configured stages; its store still has to be opened."""
+    """A worker over the configured stages, on ``store`` or on a new store that
+    still has to be opened."""
     plan = plan_stages(settings)
-    store: Store = create_store(settings.store, os.environ if environ is None else environ)
+    if store is None:
+        store = create_store(settings.store, os.environ if environ is None else environ)
     return Worker(
         store,
         plan.stages,

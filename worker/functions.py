@@ -7,11 +7,13 @@ run budget from ``host.json``) and one coroutine per trigger.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from worker.item import Progress
 from worker.runner import RunSummary, Worker
 from worker.settings import STAGE_MAP, STORE, Settings
 from worker.stages import parse_stage_map
+from worker.store import Store, create_store
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +186,8 @@ def run_budget(timeout: float) -> float:
     return budget
 
 
-def build_from_environment(environ: Mapping[str, str]) -> Worker:
-    """A worker built from the app settings; its store still has to be opened."""
+async def build_from_environment(environ: Mapping[str, str]) -> Worker:
+    """A worker built from the app settings, on the shared store for them."""
     settings = Settings.from_environment(environ)
     if settings.stage_map is not None:
         # Parsed here first only so that the message names the setting.
@@ -192,7 +195,39 @@ def build_from_environment(environ: Mapping[str, str]) -> Worker:
             parse_stage_map(settings.stage_map)
         except ConfigurationError as error:
             raise ConfigurationError(f"{STAGE_MAP}: {error}") from error
-    return build_worker(settings, environ)
+    store = await shared_store(settings.store, environ)
+    return build_worker(settings, environ, store=store)
+
+
+# Invocations share one opened store per event loop and configuration: a Cosmos
+# DB client reads the account's metadata and gets its token once, not once per
+# invocation. Stores are bound to the loop they were opened on, hence the key.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, ...], Store]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def shared_store(spec: str, environ: Mapping[str, str]) -> Store:
+    """The opened store for ``spec`` and the Cosmos DB settings in ``environ``."""
+    stores = _shared.setdefault(asyncio.get_running_loop(), {})
+    connection = sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("COSMOS"))
+    key = (spec, environ.get("AZURE_CLIENT_ID", ""), *connection)
+    store = stores.get(key)
+    if store is None:
+        store = create_store(spec, environ)
+        await store.open()
+        # Another invocation may have opened one meanwhile; keep the first.
+        if key in stores:
+            await store.close()
+        store = stores.setdefault(key, store)
+    return store
+
+
+async def close_shared_stores() -> None:
+    """Close the stores shared on this event loop (for tests and shutdown)."""
+    stores = _shared.pop(asyncio.get_running_loop(), {})
+    for store in stores.values():
+        await store.close()
 
 
 async def run_timer(
@@ -205,12 +240,8 @@ async def run_timer(
             "the timer is past due: a scheduled run was missed or delayed",
             extra={"action": "timer_past_due"},
         )
-    worker = build_from_environment(environ)
-    await worker.store.open()
-    try:
-        return await worker.run(deadline=None if budget is None else started + budget)
-    finally:
-        await worker.store.close()
+    worker = await build_from_environment(environ)
+    return await worker.run(deadline=None if budget is None else started + budget)
 
 
 async def run_feed(
@@ -226,13 +257,9 @@ async def run_feed(
             "change feed: %d documents, none Ready", len(batch), extra={"action": "feed_idle"}
         )
         return RunSummary([])
-    worker = build_from_environment(environ)
-    await worker.store.open()
-    try:
-        deadline = None if budget is None else started + budget
-        summary = await worker.process_documents(batch, deadline)
-    finally:
-        await worker.store.close()
+    worker = await build_from_environment(environ)
+    deadline = None if budget is None else started + budget
+    summary = await worker.process_documents(batch, deadline)
     logger.info(
         "change feed: %d documents, %d claimed, %d completed, %d failed",
         len(batch),
