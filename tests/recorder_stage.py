@@ -21,3 +21,16 @@ async def record(item: object, sleep: float = 0.0) -> None:
     finally:
         os.close(descriptor)
     await asyncio.sleep(float(os.environ.get("RECORDER_SLEEP", sleep)))
+
+
+@stage_function("record_plain", stage="RecordPlain")
+def record_plain(item: object) -> None:
+    """The same as ``record``, as a plain function that blocks its thread."""
+    import time
+
+    descriptor = os.open(os.environ["RECORDER_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(descriptor, f"{item.id}\n".encode())  # type: ignore[attr-defined]
+    finally:
+        os.close(descriptor)
+    time.sleep(float(os.environ.get("RECORDER_SLEEP", 0)))

@@ -259,6 +259,33 @@ async def test_signal_stops_claiming_and_records_calls_in_flight(
     assert counts["Ready"] == 40 - len(calls) > 0
 
 
+@pytest.mark.parametrize("stage", ["Record", "RecordPlain"], ids=["async", "plain"])
+async def test_calls_outlasting_the_grace_period_are_recorded_failed(
+    backend: Backend, tmp_path: Path, stage: str
+) -> None:
+    log = tmp_path / "calls.log"
+    env = process_env(backend, log, RECORDER_SLEEP="60", WORKER_GRACE_SECONDS="0.5")
+    await add_items(backend.store, 6, stage)
+    command = worker_command(
+        backend, "-q", "run", "--modules", RECORDER, "--stages", stage, "--concurrency", "4"
+    )
+    worker = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    wait_for_lines(log, 4)
+    started = time.monotonic()
+
+    worker.send_signal(signal.SIGTERM)
+    worker.communicate(timeout=30)
+
+    items = await backend.store.documents()  # type: ignore[attr-defined]
+    failed = [doc for doc in items if doc["progress"] == "Failed"]
+    assert worker.returncode == 130
+    assert time.monotonic() - started < 10
+    assert len(failed) == 4
+    assert {doc[LAST_ERROR]["type"] for doc in failed} == {"WorkerStoppedError"}
+    assert "grace period of 0.5 s" in failed[0][LAST_ERROR]["message"]
+    assert sorted(doc["progress"] for doc in items) == ["Failed"] * 4 + ["Ready"] * 2
+
+
 async def test_killed_worker_leaves_nothing_stuck_and_nothing_run_twice(
     backend: Backend, tmp_path: Path
 ) -> None:

@@ -74,12 +74,14 @@ async def run_command(args: argparse.Namespace, settings: Settings) -> int:
         ),
     )
     deadline_seconds = parse_seconds(args.deadline, "--deadline") if args.deadline else None
+    if args.grace:
+        settings = settings.replace(grace_seconds=parse_seconds(args.grace, "--grace"))
     display = _Display(sys.stderr) if sys.stderr.isatty() and not args.verbose else None
     worker = build_worker(settings, on_outcome=display.count if display else None)
     if stages is not None:
         check_stage_names(stages, settings, "--stages")
     await worker.store.open()
-    signals = _StopOnSignal(worker)
+    signals = _StopOnSignal(worker, settings.grace_seconds)
     try:
         if args.seed_demo:
             await _seed_demo(worker.store)
@@ -103,6 +105,12 @@ async def run_command(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(summary.as_dict(), indent=2))
     else:
         print(format_summary(summary))
+    if worker.aborted:
+        # Threads of plain functions given up on may still run; the interpreter
+        # would wait for them at exit. Everything is recorded: leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
     return EXIT_INTERRUPTED if signals.received else EXIT_OK
 
 
@@ -281,10 +289,12 @@ class _Display:
 
 
 class _StopOnSignal:
-    """First SIGINT or SIGTERM: stop claiming and finish calls in flight. Second: quit."""
+    """First SIGINT or SIGTERM: stop claiming and give calls in flight a grace period
+    to finish; calls still running after it are recorded as Failed. Second: quit."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, grace: float) -> None:
         self.worker = worker
+        self.grace = grace
         self.received: int | None = None
         self.loop = asyncio.get_running_loop()
         self.installed: list[signal.Signals] = []
@@ -300,7 +310,7 @@ class _StopOnSignal:
             print("worker: second signal, quitting without waiting", file=sys.stderr)
             os._exit(EXIT_INTERRUPTED)
         self.received = number
-        self.worker.stop(f"received {number.name}")
+        self.worker.stop(f"received {number.name}", grace=self.grace)
 
     def restore(self) -> None:
         for number in self.installed:
@@ -333,6 +343,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--modules", help="extra stage modules: file paths or module names")
     run.add_argument("--concurrency", help=f"items processed at once (default: {CONCURRENCY})")
     run.add_argument("--deadline", help="seconds the run may take; no claims after that")
+    run.add_argument(
+        "--grace",
+        help="after SIGINT or SIGTERM, seconds calls in flight may take before their "
+        "items are recorded as Failed (default: WORKER_GRACE_SECONDS, else 30)",
+    )
     run.add_argument("--json", action="store_true", help="print the summary as JSON")
     run.add_argument(
         "--seed-demo", action="store_true", help="add demo items first if the store is empty"

@@ -35,8 +35,8 @@ class UnexpectedResultError(Exception):
     """The stage function returned something other than None or a boolean."""
 
 
-class Interrupted(Exception):
-    """The stage function raised KeyboardInterrupt; the run stops claiming."""
+class WorkerStoppedError(Exception):
+    """The worker was stopped and its grace period ended before the call did."""
 
 
 class ItemProcessor:
@@ -55,6 +55,9 @@ class ItemProcessor:
         self.executor = executor
         #: set when a stage function raised KeyboardInterrupt
         self.interrupted = False
+        #: why calls in flight were given up on, once they were
+        self.abort_reason: str | None = None
+        self._calls: set[asyncio.Future[Any]] = set()
 
     async def process(self, stage: Stage, item: Item) -> Outcome:
         lease = stage.lease_seconds or self.lease_seconds
@@ -82,11 +85,23 @@ class ItemProcessor:
         recorded = await self.store.finish(holder.item, progress, error)
         return self._log(stage, claimed, progress, error, recorded, duration_ms)
 
+    def abort_calls(self, reason: str) -> None:
+        """Give up on every call still running; each item is recorded as Failed."""
+        self.abort_reason = reason
+        for call in list(self._calls):
+            call.cancel()
+
     async def _call(self, stage: Stage, item: Item) -> ErrorInfo | None:
         """Run the stage function; return None on success or the failure's error."""
+        call = asyncio.ensure_future(asyncio.wait_for(self._invoke(stage, item), stage.timeout))
+        self._calls.add(call)
         try:
-            result = await asyncio.wait_for(self._invoke(stage, item), stage.timeout)
+            result = await call
             _check_result(stage, result)
+        except asyncio.CancelledError:
+            if self.abort_reason is None:
+                raise
+            return ErrorInfo(WorkerStoppedError.__name__, self.abort_reason)
         except TimeoutError:
             return ErrorInfo(
                 StageTimeoutError.__name__,
@@ -98,6 +113,8 @@ class ItemProcessor:
             return ErrorInfo(type(error).__name__, "the stage function was interrupted")
         except (Exception, SystemExit) as error:  # isolate every failure to its item
             return ErrorInfo.from_exception(error)
+        finally:
+            self._calls.discard(call)
         return None
 
     async def _invoke(self, stage: Stage, item: Item) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -10,7 +11,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -112,12 +113,28 @@ class Worker:
         self._stop_reason: str | None = None
         self._store_failures = 0
         self._store_error: BaseException | None = None
+        self._processors: set[ItemProcessor] = set()
+        #: whether calls were given up on after a grace period; their threads,
+        #: if any, may still be running
+        self.aborted = False
 
-    def stop(self, reason: str = "stop requested") -> None:
-        """Stop claiming; calls in flight finish and are recorded."""
+    def stop(self, reason: str = "stop requested", grace: float | None = None) -> None:
+        """Stop claiming; calls in flight finish and are recorded.
+
+        With ``grace``, calls still running that many seconds later are given up
+        on and their items recorded as Failed, so that the worker can exit.
+        """
         if self._stop_reason is None:
             logger.info("stopping: %s", reason, extra={"action": "stop", "reason": reason})
             self._stop_reason = reason
+        if grace is not None:
+            asyncio.get_running_loop().call_later(grace, self._abort, reason, grace)
+
+    def _abort(self, reason: str, grace: float) -> None:
+        message = f"the worker stopped ({reason}) and its grace period of {grace:g} s ended"
+        for processor in self._processors:
+            self.aborted = True
+            processor.abort_calls(message)
 
     @property
     def stages_by_name(self) -> dict[str, Stage]:
@@ -137,8 +154,7 @@ class Worker:
                 "skipping stage %s: %s", name, why, extra={"action": "stage_skipped", "stage": name}
             )
 
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage") as executor:
-            processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
+        with self._processor() as processor:
             pool = _Pool(self.concurrency)
             try:
                 for stage in self.stages:
@@ -165,6 +181,20 @@ class Worker:
             extra={"action": "run_finished", "summary": result.as_dict()},
         )
         return result
+
+    @contextlib.contextmanager
+    def _processor(self) -> Iterator[ItemProcessor]:
+        """An item processor with a thread pool for plain stage functions."""
+        executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage")
+        processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
+        self._processors.add(processor)
+        try:
+            yield processor
+        finally:
+            self._processors.discard(processor)
+            # After an abort, plain functions given up on may still be running on
+            # their threads; waiting for them would defeat the grace period.
+            executor.shutdown(wait=not self.aborted, cancel_futures=True)
 
     def _order(self) -> list[str]:
         names = [stage.name for stage in self.stages]
@@ -230,8 +260,7 @@ class Worker:
         started = time.monotonic()
         stages = self.stages_by_name
         summaries: dict[str, StageSummary] = {}
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage") as executor:
-            processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
+        with self._processor() as processor:
             pool = _Pool(self.concurrency)
             for document in documents:
                 item = _feed_item(document)

@@ -15,8 +15,10 @@ MODULES = "WORKER_MODULES"
 CONCURRENCY = "WORKER_CONCURRENCY"
 LEASE_SECONDS = "WORKER_LEASE_SECONDS"
 STAGE_TIMEOUT = "WORKER_STAGE_TIMEOUT"
+GRACE_SECONDS = "WORKER_GRACE_SECONDS"
 
 DEFAULT_STORE = "routing-items.db"
+DEFAULT_GRACE_SECONDS = 30.0
 MAX_CONCURRENCY = 1000
 
 
@@ -34,6 +36,8 @@ class Settings:
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     #: seconds a stage call may take, for stages whose map entry sets none
     stage_timeout: float | None = None
+    #: after a stop signal, seconds calls in flight may take before they are given up
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Settings:
@@ -44,6 +48,7 @@ class Settings:
         concurrency = value(CONCURRENCY)
         lease = value(LEASE_SECONDS)
         timeout = value(STAGE_TIMEOUT)
+        grace = value(GRACE_SECONDS)
         return cls(
             store=value(STORE) or DEFAULT_STORE,
             stages=split_list(value(STAGES), STAGES),
@@ -54,6 +59,7 @@ class Settings:
             ),
             lease_seconds=(parse_seconds(lease, LEASE_SECONDS) if lease else DEFAULT_LEASE_SECONDS),
             stage_timeout=parse_seconds(timeout, STAGE_TIMEOUT) if timeout else None,
+            grace_seconds=(parse_seconds(grace, GRACE_SECONDS) if grace else DEFAULT_GRACE_SECONDS),
         )
 
     def replace(self, **changes: object) -> Settings:
