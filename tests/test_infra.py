@@ -39,6 +39,7 @@ UNSET_BY_INFRA = {
     "COSMOS_PAGE_SIZE": "its default suits the deployed account",
     "COSMOS_VERIFY_TLS": "turns certificate checks off for the local test server only",
     "WORKER_STAGE_TIMEOUT": "optional; per-stage timeouts usually live in the stage map",
+    "WORKER_GRACE_SECONDS": "read by the command line only, on a stop signal",
     "WORKER_TEST_TASK_SLEEP": "tunes the demo test task only",
     "WORKER_TEST_TASK_FAILURE_RATE": "tunes the demo test task only",
     "WORKER_TEST_TASK_SEED": "tunes the demo test task only",
