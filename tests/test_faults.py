@@ -218,6 +218,14 @@ def run_command(backend: Backend, *args: str) -> list[str]:
     return worker_command(backend, "-q", "run", "--modules", RECORDER, "--stages", "Record", *args)
 
 
+def start_run(backend: Backend, env: dict[str, str]) -> subprocess.Popen[str]:
+    """A worker process running the Record stage, four items at a time."""
+    command = run_command(backend, "--concurrency", "4")
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def wait_for_lines(log: Path, count: int, timeout: float = 30) -> None:
     give_up = time.monotonic() + timeout
     while time.monotonic() < give_up:
@@ -238,13 +246,7 @@ async def test_signal_stops_claiming_and_records_calls_in_flight(
     log = tmp_path / "calls.log"
     env = process_env(backend, log, RECORDER_SLEEP="0.4")
     await add_items(backend.store, 40, "Record")
-    worker = subprocess.Popen(
-        run_command(backend, "--concurrency", "4"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_run(backend, env)
     wait_for_lines(log, 6)
 
     worker.send_signal(signal_number)
@@ -415,13 +417,7 @@ async def test_store_outage_mid_run_ends_with_a_clear_error_then_recovery_comple
     log = tmp_path / "calls.log"
     env = process_env(fault_backend, log, RECORDER_SLEEP="0.2", WORKER_LEASE_SECONDS="2")
     await add_items(fault_backend.store, 60, "Record")
-    worker = subprocess.Popen(
-        run_command(fault_backend, "--concurrency", "4"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    worker = start_run(fault_backend, env)
     wait_for_lines(log, 8)
 
     assert fault_server.send("stop") == "stopped"
