@@ -118,12 +118,8 @@ async def sqlite_store(db_path: Path) -> AsyncIterator[SqliteStore]:
 def seed(sqlite_store: SqliteStore) -> Callable[..., Awaitable[list[dict[str, Any]]]]:
     """Add ``count`` documents of a stage to the SQLite store and return them."""
 
-    async def add(
-        count: int, state: str = "Upload", progress: Progress = Progress.READY, **fields: Any
-    ) -> list[dict[str, Any]]:
-        documents = [make_document(state, progress, **fields) for _ in range(count)]
-        await sqlite_store.add(documents)
-        return documents
+    async def add(count: int, *args: Any, **fields: Any) -> list[dict[str, Any]]:
+        return await add_items(sqlite_store, count, *args, **fields)
 
     return add
 
