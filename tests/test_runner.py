@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -254,6 +255,12 @@ async def test_each_outcome_and_each_stage_is_logged_with_stable_fields(
     assert ("item_completed", documents[1]["id"]) in actions
     assert sum(1 for action, _ in actions if action == "stage_finished") == 1
     assert sum(1 for action, _ in actions if action == "run_finished") == 1
+    # The README's Application Insights queries parse these messages.
+    messages = [r.getMessage() for r in caplog.records]
+    item_pattern = r"item (\S+) of stage Upload (completed|failed) in \d+ ms(: .+)?$"
+    assert sum(1 for m in messages if re.match(item_pattern, m)) == 2
+    assert any(m.startswith("stage Upload: 2 claimed") for m in messages)
+    assert any(m.startswith("run finished in ") for m in messages)
 
 
 async def test_process_test_task_processes_every_ready_test_task_item(
