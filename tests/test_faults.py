@@ -7,6 +7,7 @@ or throttle a server use one of their own, so that no other test sees the fault.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -235,6 +236,12 @@ def wait_for_lines(log: Path, count: int, timeout: float = 30) -> None:
     raise AssertionError(f"the worker made fewer than {count} calls in {timeout} s")
 
 
+def report(test: str, backend: Backend, items: int, invocations: int, final: Any) -> None:
+    """One line of figures per fault test; `pytest -s -k ...` shows them."""
+    kind = backend.spec["kind"]
+    print(f"\nFAULT {test} [{kind}]: items={items} invocations={invocations} final={final}")
+
+
 def by_id(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["id"]: doc for doc in documents}
 
@@ -254,6 +261,7 @@ async def test_signal_stops_claiming_and_records_calls_in_flight(
 
     calls = log.read_text().split()
     counts = (await backend.store.counts())["Record"]
+    report(f"signal {signal_number}", backend, 40, len(calls), counts)
     assert worker.returncode == 130, stderr
     assert "stopped early: received" in stdout
     assert counts["InProgress"] == 0
@@ -280,6 +288,8 @@ async def test_calls_outlasting_the_grace_period_are_recorded_failed(
 
     items = await backend.store.documents()  # type: ignore[attr-defined]
     failed = [doc for doc in items if doc["progress"] == "Failed"]
+    final = Counter(doc["progress"] for doc in items)
+    report(f"grace {stage}", backend, 6, len(log.read_text().split()), dict(final))
     assert worker.returncode == 130
     assert time.monotonic() - started < 10
     assert len(failed) == 4
@@ -306,6 +316,8 @@ async def test_killed_worker_leaves_nothing_stuck_and_nothing_run_twice(
     after = by_id(await backend.store.documents())  # type: ignore[attr-defined]
     calls = Counter(log.read_text().split())
     stuck = [key for key, doc in before.items() if doc["progress"] == "InProgress"]
+    final = dict(Counter(doc["progress"] for doc in after.values()))
+    report("sigkill", backend, 30, sum(calls.values()), {**final, "stuck at kill": len(stuck)})
     assert stuck, "the kill should have caught calls in flight"
     # A claim the kill caught before its call began is recovered without a call.
     assert max(calls.values()) == 1
@@ -325,13 +337,15 @@ async def test_processes_and_change_feed_batches_run_each_item_once(
     from worker import functions
 
     log = tmp_path / "calls.log"
-    env = process_env(backend, log, RECORDER_SLEEP="0.01", WORKER_STORE=backend.store_option)
+    env = process_env(backend, log, RECORDER_SLEEP="0.05", WORKER_STORE=backend.store_option)
     await add_items(backend.store, 120, "Record")
+    # The feed's copies are taken before any claim, as a late feed delivers them.
     feed_copies = await raw_documents(backend)
-
+    command = run_command(backend, "--concurrency", "4", "--json")
     workers = [
-        subprocess.Popen(run_command(backend, "--concurrency", "4"), env=env) for _ in range(3)
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)
     ]
+    wait_for_lines(log, 12)  # the processes are claiming
     os.environ["RECORDER_LOG"] = str(log)  # the feed handler runs in this process
     feed_env = {**env, "WORKER_MODULES": RECORDER, "WORKER_STAGES": "Record"}
     try:
@@ -339,16 +353,26 @@ async def test_processes_and_change_feed_batches_run_each_item_once(
             functions.run_feed(feed_env, feed_copies[:70]),
             functions.run_feed(feed_env, feed_copies[50:]),
         )
-        codes = [worker.wait(timeout=90) for worker in workers]
+        outputs = [worker.communicate(timeout=90)[0] for worker in workers]
     finally:
         del os.environ["RECORDER_LOG"]
 
     calls = Counter(log.read_text().split())
     counts = (await backend.store.counts())["Record"]
-    assert codes == [0, 0, 0]
+    feed_claims = sum(s.claimed for s in summaries)
+    process_claims = sum(json.loads(output)["stages"][0]["claimed"] for output in outputs)
+    report(
+        "3 processes + 2 feed batches",
+        backend,
+        120,
+        calls.total(),
+        {**counts, "process claims": process_claims, "feed claims": feed_claims},
+    )
+    assert [worker.returncode for worker in workers] == [0, 0, 0]
     assert len(calls) == 120 and set(calls.values()) == {1}
     assert counts["Completed"] == 120
-    assert sum(s.claimed for s in summaries) <= 120
+    assert process_claims + feed_claims == 120
+    assert process_claims >= 12 and feed_claims > 0, "both sides should have raced"
 
 
 async def raw_documents(backend: Backend) -> list[dict[str, Any]]:
@@ -404,6 +428,13 @@ async def test_throttled_requests_are_retried_and_every_item_completes(
     fault_server.send("throttle 0")
     used = store.requests - before
     counts = (await store.counts())["Upload"]
+    report(
+        "429 on 30% of requests",
+        fault_backend,
+        60,
+        calls.total(),
+        {**counts, "writes": used.item_writes},
+    )
     assert counts == {"Ready": 0, "InProgress": 0, "Completed": 60, "Failed": 0}
     assert set(calls.values()) == {1} and len(calls) == 60
     assert summary.completed == 60
@@ -432,6 +463,7 @@ async def test_store_outage_mid_run_ends_with_a_clear_error_then_recovery_comple
     assert rerun.returncode == 0, rerun.stderr
     counts = (await fault_backend.store.counts())["Record"]
     calls = Counter(log.read_text().split())
+    report("outage mid-run, then recovery", fault_backend, 60, calls.total(), counts)
     assert counts["Ready"] == counts["InProgress"] == 0
     assert counts["Completed"] + counts["Failed"] == 60
     assert max(calls.values()) == 1

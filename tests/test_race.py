@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -63,20 +64,28 @@ async def test_workers_on_threads_claim_each_item_once(
 def test_worker_processes_claim_each_item_once(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     log = tmp_path / "calls.log"
-    env = {**os.environ, "RECORDER_LOG": str(log), "RECORDER_SLEEP": "0.002"}
+    env = {**os.environ, "RECORDER_LOG": str(log), "RECORDER_SLEEP": "0.01"}
     worker = [sys.executable, "-m", "worker", "-q", "--store", str(db)]
     subprocess.run(
         [*worker, "seed", "--stage", "Record", "--count", "400"], check=True, env=env, cwd=ROOT
     )
-    run = [*worker, "run", "--modules", str(ROOT / "tests" / "recorder_stage.py")]
+    run = [*worker, "run", "--modules", str(ROOT / "tests" / "recorder_stage.py"), "--json"]
 
     processes = [
-        subprocess.Popen([*run, "--stages", "Record", "--concurrency", "4"], env=env, cwd=ROOT)
+        subprocess.Popen(
+            [*run, "--stages", "Record", "--concurrency", "4"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(3)
     ]
-    codes = [process.wait(timeout=60) for process in processes]
+    claimed = [json.loads(p.communicate(timeout=60)[0])["stages"][0]["claimed"] for p in processes]
 
-    assert codes == [0, 0, 0]
+    assert [process.returncode for process in processes] == [0, 0, 0]
+    assert sum(claimed) == 400
+    assert min(claimed) > 0, f"every process should have won some items: {claimed}"
     counted = Counter(log.read_text().split())
     assert len(counted) == 400
     assert set(counted.values()) == {1}
