@@ -12,6 +12,7 @@ from concurrent.futures import Executor
 from typing import Any
 
 from worker.item import ErrorInfo, Item, Progress
+from worker.leases import LeaseKeeper
 from worker.stages import Stage
 from worker.store.base import Store
 
@@ -57,7 +58,11 @@ class ItemProcessor:
         self.interrupted = False
         #: why calls in flight were given up on, once they were
         self.abort_reason: str | None = None
-        self._calls: set[asyncio.Future[Any]] = set()
+        self._calls: set[asyncio.Task[Any]] = set()
+        self.leases = LeaseKeeper(store)
+
+    async def close(self) -> None:
+        await self.leases.close()
 
     async def process(self, stage: Stage, item: Item) -> Outcome:
         lease = stage.lease_seconds or self.lease_seconds
@@ -72,35 +77,38 @@ class ItemProcessor:
             return Outcome.LOST
 
         started = time.monotonic()
-        holder = _ClaimHolder(claimed)
-        renewal = asyncio.create_task(self._renew(holder, lease))
+        held = self.leases.hold(claimed, lease)
         try:
             error = await self._call(stage, claimed)
         finally:
-            renewal.cancel()
-            await asyncio.gather(renewal, return_exceptions=True)
+            latest = await self.leases.release(held)
 
         duration_ms = round((time.monotonic() - started) * 1000)
         progress = Progress.COMPLETED if error is None else Progress.FAILED
-        recorded = await self.store.finish(holder.item, progress, error)
+        recorded = await self.store.finish(latest, progress, error)
         return self._log(stage, claimed, progress, error, recorded, duration_ms)
 
     def abort_calls(self, reason: str) -> None:
         """Give up on every call still running; each item is recorded as Failed."""
         self.abort_reason = reason
-        for call in list(self._calls):
-            call.cancel()
+        for task in list(self._calls):
+            task.cancel()
 
     async def _call(self, stage: Stage, item: Item) -> ErrorInfo | None:
         """Run the stage function; return None on success or the failure's error."""
-        call = asyncio.ensure_future(asyncio.wait_for(self._invoke(stage, item), stage.timeout))
-        self._calls.add(call)
+        # The call runs in this task (no task of its own: that costs time on every
+        # item), so giving up on it after a stop means cancelling this task.
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
         try:
-            result = await call
+            async with asyncio.timeout(stage.timeout):
+                result = await self._invoke(stage, item)
             _check_result(stage, result)
         except asyncio.CancelledError:
             if self.abort_reason is None:
                 raise
+            task.uncancel()
             return ErrorInfo(WorkerStoppedError.__name__, self.abort_reason)
         except TimeoutError:
             return ErrorInfo(
@@ -114,7 +122,7 @@ class ItemProcessor:
         except (Exception, SystemExit) as error:  # isolate every failure to its item
             return ErrorInfo.from_exception(error)
         finally:
-            self._calls.discard(call)
+            self._calls.discard(task)
         return None
 
     async def _invoke(self, stage: Stage, item: Item) -> Any:
@@ -128,20 +136,6 @@ class ItemProcessor:
         if inspect.isawaitable(result):
             result = await _guarded(result)
         return result
-
-    async def _renew(self, holder: _ClaimHolder, lease: float) -> None:
-        """Renew the lease at a third of its length while the call runs."""
-        while True:
-            await asyncio.sleep(lease / 3)
-            renewed = await self.store.renew(holder.item, lease)
-            if renewed is None:
-                logger.warning(
-                    "lost the claim on item %s while its function was running",
-                    holder.item.id,
-                    extra={"action": "claim_taken", "item_id": holder.item.id},
-                )
-                return
-            holder.item = renewed
 
     def _log(
         self,
@@ -182,13 +176,6 @@ class ItemProcessor:
             extra={**extra, "action": "item_failed", "error_type": error.type},
         )
         return Outcome.FAILED
-
-
-class _ClaimHolder:
-    """The latest version of a claimed item; lease renewals replace it."""
-
-    def __init__(self, item: Item) -> None:
-        self.item = item
 
 
 def _call_plain(function: Any, item: Item, kwargs: Any) -> Any:

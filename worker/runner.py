@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -154,7 +154,7 @@ class Worker:
                 "skipping stage %s: %s", name, why, extra={"action": "stage_skipped", "stage": name}
             )
 
-        with self._processor() as processor:
+        async with self._processor() as processor:
             pool = _Pool(self.concurrency)
             try:
                 for stage in self.stages:
@@ -182,8 +182,8 @@ class Worker:
         )
         return result
 
-    @contextlib.contextmanager
-    def _processor(self) -> Iterator[ItemProcessor]:
+    @contextlib.asynccontextmanager
+    async def _processor(self) -> AsyncIterator[ItemProcessor]:
         """An item processor with a thread pool for plain stage functions."""
         executor = ThreadPoolExecutor(self.concurrency, thread_name_prefix="stage")
         processor = ItemProcessor(self.store, self.owner, self.lease_seconds, executor)
@@ -192,6 +192,7 @@ class Worker:
             yield processor
         finally:
             self._processors.discard(processor)
+            await processor.close()
             # After an abort, plain functions given up on may still be running on
             # their threads; waiting for them would defeat the grace period.
             executor.shutdown(wait=not self.aborted, cancel_futures=True)
@@ -260,7 +261,7 @@ class Worker:
         started = time.monotonic()
         stages = self.stages_by_name
         summaries: dict[str, StageSummary] = {}
-        with self._processor() as processor:
+        async with self._processor() as processor:
             pool = _Pool(self.concurrency)
             for document in documents:
                 item = _feed_item(document)
