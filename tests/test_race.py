@@ -64,7 +64,7 @@ async def test_workers_on_threads_claim_each_item_once(
 def test_worker_processes_claim_each_item_once(tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     log = tmp_path / "calls.log"
-    env = {**os.environ, "RECORDER_LOG": str(log), "RECORDER_SLEEP": "0.01"}
+    env = {**os.environ, "RECORDER_LOG": str(log), "RECORDER_SLEEP": "0.03"}
     worker = [sys.executable, "-m", "worker", "-q", "--store", str(db)]
     subprocess.run(
         [*worker, "seed", "--stage", "Record", "--count", "400"], check=True, env=env, cwd=ROOT
