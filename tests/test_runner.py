@@ -294,3 +294,21 @@ async def test_expired_claim_is_recovered_as_failed_with_its_holder(
     assert summary.recovered == 1
     assert stored.document[LAST_ERROR]["type"] == "LeaseExpired"
     assert "dead-host:7:x" in stored.document[LAST_ERROR]["message"]
+
+
+async def test_a_function_that_changes_the_item_fails_and_changes_nothing(
+    sqlite_store: SqliteStore, seed: Any
+) -> None:
+    [document] = await seed(1)
+
+    def meddle(item: Any) -> None:
+        item.document["state"] = "Elsewhere"
+
+    from worker.stages import Stage
+
+    await Worker(sqlite_store, [Stage("Upload", meddle, "meddle")]).run()
+
+    [stored] = await sqlite_store.documents()
+    assert stored["state"] == "Upload"
+    assert stored["progress"] == "Failed"
+    assert stored[LAST_ERROR]["type"] == "TypeError"

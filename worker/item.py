@@ -6,6 +6,7 @@ import dataclasses
 import enum
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from worker.errors import BadDocumentError
@@ -64,9 +65,10 @@ class ErrorInfo:
 class Item:
     """One routing item as read from a store.
 
-    ``document`` is the whole stored document, unknown fields included; it goes
-    back to the store with only worker-owned fields changed. ``version`` is the
-    store's concurrency token (an ETag in Cosmos DB, a counter in SQLite).
+    ``document`` is the whole stored document, unknown fields included, as a
+    read-only mapping: a stage function cannot change what goes back to the
+    store, which writes only worker-owned fields. ``version`` is the store's
+    concurrency token (an ETag in Cosmos DB, a counter in SQLite).
     """
 
     id: str
@@ -94,7 +96,7 @@ class Item:
             raise BadDocumentError(
                 f"item {item_id!r} has progress {raw_progress!r}; expected one of {accepted}"
             ) from None
-        return cls(item_id, state, progress, document, version)
+        return cls(item_id, state, progress, MappingProxyType(dict(document)), version)
 
     @property
     def retry_count(self) -> int | None:

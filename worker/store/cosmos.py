@@ -535,7 +535,7 @@ class CosmosStore:
             if _is_missing(error):
                 return None
             raise
-        return Item(item.id, item.state, Progress.IN_PROGRESS, stored, version)
+        return Item.from_document(stored, version)
 
     async def _update_claimed(
         self,

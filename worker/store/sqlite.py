@@ -200,7 +200,7 @@ class SqliteStore:
         )
         if changed != 1:
             return None
-        return Item(item.id, item.state, Progress.IN_PROGRESS, document, str(_version(item) + 1))
+        return Item.from_document(document, str(_version(item) + 1))
 
     async def renew(self, item: Item, lease_seconds: float) -> Item | None:
         lease_until = format_time(utc_now() + timedelta(seconds=lease_seconds))
