@@ -299,7 +299,7 @@ async def test_expired_claim_is_recovered_as_failed_with_its_holder(
 async def test_a_function_that_changes_the_item_fails_and_changes_nothing(
     sqlite_store: SqliteStore, seed: Any
 ) -> None:
-    [document] = await seed(1)
+    await seed(1)
 
     def meddle(item: Any) -> None:
         item.document["state"] = "Elsewhere"
