@@ -173,3 +173,23 @@ def test_recover_marks_expired_claims_failed(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "marked 2 items" in result.stdout
     assert status(tmp_path)["Upload"]["Failed"] == 2
+
+
+def test_setup_then_seed_run_and_status_on_cosmos(
+    tmp_path: Path, cosmos_environment: dict[str, str]
+) -> None:
+    env = {**cosmos_environment, "WORKER_STORE": "cosmos"}
+
+    before = worker("status", cwd=tmp_path, env=env)
+    setup = worker("setup", cwd=tmp_path, env=env)
+    seeded = worker("seed", "--stage", "Upload", "--count", "3", cwd=tmp_path, env=env)
+    ran = worker("run", "--stages", "Upload", cwd=tmp_path, env=env)
+    counts = worker("status", "--json", cwd=tmp_path, env=env)
+
+    assert before.returncode == 3
+    assert "COSMOS_DATABASE" in before.stderr
+    assert setup.returncode == 0, setup.stderr
+    assert seeded.returncode == 0 and ran.returncode == 0, ran.stderr
+    assert json.loads(counts.stdout) == {
+        "Upload": {"Ready": 0, "InProgress": 0, "Completed": 3, "Failed": 0}
+    }
