@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import Backend, add_items
 from tests.cosmos import TestServer, server_environment, unique_name
-from worker.item import LAST_ERROR, ErrorInfo, Progress, utc_now
+from worker.item import LAST_ERROR, ErrorInfo, Item, Progress, utc_now
 from worker.runner import Worker
 from worker.stages import Stage
 from worker.store.base import Store
@@ -158,18 +158,24 @@ async def test_lease_is_renewed_while_a_long_call_runs(backend: Backend) -> None
     assert stored is not None and stored.progress is Progress.COMPLETED
 
 
-async def test_worker_whose_claim_was_recovered_cannot_overwrite_it(store: Store) -> None:
+async def expired_claim(store: Store, owner: str) -> Item:
+    """A new item claimed by ``owner`` with a lease that has already run out."""
     [document] = await add_items(store, 1)
     ready = await store.get(document["id"])
     assert ready is not None
-    claimed = await store.claim(ready, "slow-worker", lease_seconds=0.01)
+    claimed = await store.claim(ready, owner, lease_seconds=0.01)
     assert claimed is not None
     await asyncio.sleep(0.05)
+    return claimed
+
+
+async def test_worker_whose_claim_was_recovered_cannot_overwrite_it(store: Store) -> None:
+    claimed = await expired_claim(store, "slow-worker")
     assert await Worker(store, []).recover() == 1
 
     late = await store.finish(claimed, Progress.COMPLETED)
 
-    stored = await store.get(document["id"])
+    stored = await store.get(claimed.id)
     assert late is False
     assert stored is not None and stored.progress is Progress.FAILED
     assert stored.document[LAST_ERROR]["type"] == "LeaseExpired"
@@ -177,12 +183,7 @@ async def test_worker_whose_claim_was_recovered_cannot_overwrite_it(store: Store
 
 
 async def test_recovery_and_a_late_finish_never_both_land(store: Store) -> None:
-    [document] = await add_items(store, 1)
-    ready = await store.get(document["id"])
-    assert ready is not None
-    claimed = await store.claim(ready, "w", lease_seconds=0.01)
-    assert claimed is not None
-    await asyncio.sleep(0.05)
+    claimed = await expired_claim(store, "w")
     [expired] = [item async for item in store.expired_claims(utc_now())]
 
     finished, recovered = await asyncio.gather(
@@ -190,7 +191,7 @@ async def test_recovery_and_a_late_finish_never_both_land(store: Store) -> None:
         store.fail_expired(expired, ErrorInfo("LeaseExpired", "x"), utc_now()),
     )
 
-    stored = await store.get(document["id"])
+    stored = await store.get(claimed.id)
     assert stored is not None
     assert [finished, recovered].count(True) == 1
     expected = Progress.COMPLETED if finished else Progress.FAILED
