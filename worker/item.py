@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 from worker.errors import BadDocumentError
+
+logger = logging.getLogger(__name__)
 
 #: Worker-owned fields. The worker writes these and ``progress``, nothing else.
 CLAIM_ID = "claimId"  # token of the claim that moved the item to InProgress
@@ -129,6 +132,24 @@ class Item:
 
     def __getitem__(self, key: str) -> Any:
         return self.document[key]
+
+
+def item_or_none(document: Mapping[str, Any], version: str) -> Item | None:
+    """The item, or None with a warning naming it when the document is not one.
+
+    Stores and the change feed pass over such documents and leave them as they are.
+    """
+    try:
+        return Item.from_document(document, version)
+    except BadDocumentError as error:
+        item_id = document.get("id")
+        logger.warning(
+            "skipping item %r: %s",
+            item_id,
+            error,
+            extra={"action": "bad_document", "item_id": item_id},
+        )
+        return None
 
 
 def claim_fields(claim_id: str, owner: str, lease_until: datetime, now: datetime) -> dict[str, Any]:

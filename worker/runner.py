@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from worker.errors import BadDocumentError, StoreFailedError
-from worker.item import ErrorInfo, Item, Progress, utc_now
+from worker.errors import StoreFailedError
+from worker.item import ErrorInfo, Item, Progress, item_or_none, utc_now
 from worker.processor import ItemProcessor, Outcome
 from worker.stages import Stage
 from worker.store.base import Store
@@ -327,15 +327,7 @@ def _time_for(stage: Stage, deadline: float) -> bool:
 
 def _feed_item(document: Mapping[str, Any]) -> Item | None:
     version = document.get("_etag")
-    try:
-        return Item.from_document(document, str(version) if version is not None else "")
-    except BadDocumentError as error:
-        logger.warning(
-            "change feed: skipping a document: %s",
-            error,
-            extra={"action": "bad_document", "item_id": document.get("id")},
-        )
-        return None
+    return item_or_none(document, str(version) if version is not None else "")
 
 
 def _log_stage(summary: StageSummary) -> None:

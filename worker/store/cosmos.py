@@ -44,6 +44,7 @@ from worker.item import (
     claim_fields,
     finish_fields,
     format_time,
+    item_or_none,
     utc_now,
 )
 from worker.store.base import Counts
@@ -455,17 +456,8 @@ class CosmosStore:
         return value
 
     def _item(self, document: Mapping[str, Any]) -> Item | None:
-        try:
-            return _to_item(document)
-        except BadDocumentError as error:
-            item_id = document.get("id")
-            logger.warning(
-                "skipping item %r: %s",
-                item_id,
-                error,
-                extra={"action": "bad_document", "item_id": item_id},
-            )
-            return None
+        etag = document.get("_etag")
+        return item_or_none(_strip(document), str(etag) if etag is not None else "")
 
     async def _query(
         self, query: str, parameters: list[dict[str, Any]], page_size: int | None = None

@@ -28,6 +28,7 @@ from worker.item import (
     claim_fields,
     finish_fields,
     format_time,
+    item_or_none,
     utc_now,
 )
 from worker.store.base import Counts
@@ -148,14 +149,19 @@ class SqliteStore:
         items = []
         for item_id, version, doc in rows:
             try:
-                items.append(Item.from_document(json.loads(doc), str(version)))
-            except (BadDocumentError, ValueError) as error:
+                document = json.loads(doc)
+            except ValueError as error:
+                # Only a file edited by hand holds text that is not JSON.
                 logger.warning(
-                    "skipping item %r: %s",
+                    "skipping item %r: its stored text is not JSON: %s",
                     item_id,
                     error,
                     extra={"action": "bad_document", "item_id": item_id},
                 )
+                continue
+            item = item_or_none(document, str(version))
+            if item is not None:
+                items.append(item)
         return items
 
     async def _select(self, sql: str, parameters: tuple[Any, ...]) -> list[Any]:
