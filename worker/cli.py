@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TextIO
 
 from worker.build import build_worker, check_stage_names
@@ -118,26 +119,18 @@ async def seed_command(args: argparse.Namespace, settings: Settings) -> int:
     stages = split_list(args.stage, "--stage") or ()
     if args.count < 0:
         raise ConfigurationError(f"--count must not be negative, got {args.count}")
-    store = create_store(settings.store)
-    await store.open()
-    try:
-        progress = Progress(args.progress)
+    progress = Progress(args.progress)
+    async with _opened(settings) as store:
         added = await store.add(
             [doc for stage in stages for doc in seed_documents(stage, args.count, progress)]
         )
-    finally:
-        await store.close()
     print(f"added {added} {args.progress} items to {', '.join(stages)} in {store.description}")
     return EXIT_OK
 
 
 async def status_command(args: argparse.Namespace, settings: Settings) -> int:
-    store = create_store(settings.store)
-    await store.open()
-    try:
+    async with _opened(settings) as store:
         counts = await store.counts()
-    finally:
-        await store.close()
     if args.json:
         print(json.dumps(counts, indent=2, sort_keys=True))
     else:
@@ -146,12 +139,8 @@ async def status_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def recover_command(args: argparse.Namespace, settings: Settings) -> int:
-    store = create_store(settings.store)
-    await store.open()
-    try:
+    async with _opened(settings) as store:
         recovered = await Worker(store, []).recover()
-    finally:
-        await store.close()
     print(f"marked {recovered} items with an expired lease as Failed")
     return EXIT_OK
 
@@ -168,6 +157,16 @@ async def setup_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+@contextlib.asynccontextmanager
+async def _opened(settings: Settings) -> AsyncIterator[Store]:
+    store = create_store(settings.store)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def seed_documents(stage: str, count: int, progress: Progress) -> list[dict[str, Any]]:

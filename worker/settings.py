@@ -83,12 +83,7 @@ def split_list(raw: str | None, name: str) -> tuple[str, ...] | None:
 
 
 def parse_concurrency(raw: str, name: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"{name} must be a whole number from 1 to {MAX_CONCURRENCY}, got {raw!r}"
-        ) from None
+    value = int(raw) if raw.strip().lstrip("+-").isdigit() else 0
     if not 1 <= value <= MAX_CONCURRENCY:
         raise ConfigurationError(
             f"{name} must be a whole number from 1 to {MAX_CONCURRENCY}, got {raw!r}"
